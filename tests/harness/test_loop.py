@@ -7,7 +7,7 @@ import json
 from appliance.harness.loop import REFLECTION_FILE, run_tasks
 from appliance.harness.store import RunPaths, read_events
 
-from .conftest import text, tool
+from .conftest import Reply, text, tool
 
 
 def test_passes_on_second_iteration_with_reflection_in_prompt(server, make_task, make_config):
@@ -42,3 +42,74 @@ def test_passes_on_second_iteration_with_reflection_in_prompt(server, make_task,
     trajectory = json.loads(RunPaths(config.runs_dir / state.run_id).trajectory.read_text())
     assert trajectory["state"]["status"] == "passed"
     assert trajectory["messages"][-1]["content"] == "finished again"
+
+
+def solver(body):
+    """A stateless model for concurrent runs: write done.txt, then end the turn."""
+    messages = body["messages"]
+    if "tools" not in body:
+        return text("reflection")
+    if messages[-1]["role"] == "tool":
+        return text("done")
+    return tool("write_file", {"path": "done.txt", "content": messages[1]["content"]})
+
+
+def test_three_concurrent_runs_share_one_server(server, make_task, make_config):
+    server.responder = solver
+    tasks = [make_task(f"t{i}", prompt=f"task number {i}") for i in range(3)]
+    config = make_config(server)
+    states = run_tasks(tasks, config)
+    assert [s.status for s in states] == ["passed"] * 3
+    assert len({s.run_id for s in states}) == 3
+    for i, task in enumerate(tasks):
+        assert (task / "workspace" / "done.txt").read_text() == f"task number {i}"
+    assert len(server.requests) == 6
+
+
+def test_iteration_limit_fails_the_run(server, make_task, make_config):
+    server.responder = lambda body: text("nothing to do")
+    task = make_task(toml='[check]\ncommand = "exit 1"\n[limits]\nmax_iterations = 2\n')
+    [state] = run_tasks([task], make_config(server, model_reflection=False))
+    assert (state.status, state.iterations, state.steps) == ("failed", 2, 2)
+    assert "max_iterations (2)" in state.reason
+
+
+def test_token_and_step_limits(server, make_task, make_config):
+    server.responder = lambda body: tool("list_dir", {})
+    task = make_task(check="exit 1")
+    config = make_config(server, model_reflection=False, limit_overrides={"max_steps": 3, "max_tokens": 700})
+    [state] = run_tasks([task], config)
+    # 3 steps (110 tokens each) end iterations 1 and 2 by max_steps; iteration 3 stops at 770 >= 700 tokens.
+    assert (state.status, state.iterations, state.steps) == ("failed", 2, 7)
+    assert "max_tokens (700)" in state.reason
+
+
+def test_malformed_tool_arguments_go_back_to_the_model(server, make_task, make_config):
+    server.script.extend([tool("write_file", '{"path": "done.txt", "content": '), tool("frobnicate", "{}"),
+                          tool("write_file", {"path": "done.txt", "content": "x"}), text("ok")])
+    [state] = run_tasks([make_task()], make_config(server))
+    assert state.status == "passed"
+    history = server.requests[3]["messages"]
+    assert history[2]["tool_calls"][0]["function"]["arguments"] == "{}"  # sanitized for the server
+    assert "arguments are not valid JSON" in history[3]["content"]
+    assert "unknown tool 'frobnicate'" in history[5]["content"]
+
+
+def test_server_error_ends_the_run_with_status_error_and_it_resumes(server, make_task, make_config):
+    from appliance.harness.loop import resume_run
+
+    server.script.extend([tool("write_file", {"path": "done.txt", "content": "x"}), Reply(status=400)])
+    config = make_config(server)
+    [state] = run_tasks([make_task()], config)
+    assert state.status == "error" and "HTTP 400" in state.reason
+    server.script.append(text("done now"))
+    resumed = resume_run(state.run_id, config).run()
+    assert (resumed.status, resumed.iterations, resumed.steps) == ("passed", 1, 2)
+    events = read_events(RunPaths(config.runs_dir / state.run_id).events)
+    assert [e["type"] for e in events].count("run_resumed") == 1
+
+
+def test_malformed_sse_ends_the_run_with_a_clear_error(server, make_task, make_config):
+    server.script.append(Reply(raw=b"data: {oops\n\n"))
+    [state] = run_tasks([make_task()], make_config(server))
+    assert state.status == "error" and "MalformedResponse: bad JSON in an SSE data line" in state.reason

@@ -26,11 +26,12 @@ def install_root(prefix: Path | None = None) -> Path:
     return Path(env) if env else Path(platformdirs.user_data_dir(APP)) / "install"
 
 
-def runs_root(override: Path | None = None) -> Path:
-    if override:
-        return Path(override)
-    env = os.environ.get("APPLIANCE_RUNS_DIR")
-    return Path(env) if env else Path(platformdirs.user_data_dir(APP)) / "runs"
+def runs_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """The runs root: ``override``, else $APPLIANCE_RUNS_DIR, else the user data dir."""
+    chosen = override or os.environ.get("APPLIANCE_RUNS_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(platformdirs.user_data_dir(APP)) / "runs"
 
 
 def installed_version(prefix: Path | None = None) -> str | None:

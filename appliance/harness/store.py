@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
+from appliance._internal.paths import runs_root  # noqa: F401  (re-exported: the runs root)
 from appliance.errors import HarnessError
 
 EVENTS_SCHEMA = "appliance.events/1"
@@ -36,14 +35,6 @@ class RunNotFound(HarnessError):
 
 class CorruptRecord(HarnessError):
     """An event log or trajectory is unreadable beyond a torn last line."""
-
-
-def runs_root(override: str | os.PathLike[str] | None = None) -> Path:
-    """The runs root: ``override``, else $APPLIANCE_RUNS_DIR, else the user data dir."""
-    chosen = override or os.environ.get("APPLIANCE_RUNS_DIR")
-    if chosen:
-        return Path(chosen).expanduser()
-    return Path(platformdirs.user_data_dir("appliance")) / "runs"
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import tomllib
 import zipfile
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
+from appliance.bundle import build_bundle
 from appliance._internal.gpg import verify_detached
 from appliance._internal.hashing import hash_file
 from appliance._internal.manifest import SUMS, parse_sums
@@ -134,3 +138,24 @@ def test_offline_install_and_vendored_uv(built, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
     assert out[0].startswith("uv 0.") and "1.0" in out and out[-1] == out[0]
+
+
+def test_http_find_links_are_downloaded_and_checked(make_spec, find_links, clean_osv_url, tmp_path):
+    """Wheels from an HTTP index (loopback) are streamed, checked, and localized like local ones."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(find_links))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = make_spec(requirements=("alpha",), targets=[("3.11", "x86_64")])
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        spec = spec.model_copy(update={"python": spec.python.model_copy(update={"find_links": [url]})})
+        manifest = build_bundle(spec, tmp_path / "out", osv_url=clean_osv_url, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert url in (tmp_path / "out" / "lockfiles" / "uv.lock").read_text()
+    lock = tomllib.loads((tmp_path / "out" / "lockfiles" / "pylock.toml").read_text())
+    assert {w["path"] for p in lock["packages"] for w in p["wheels"]} == {
+        f"../wheelhouse/{f}" for f in wheelhouse(tmp_path / "out")}
+    assert manifest.audit.status == "clean"

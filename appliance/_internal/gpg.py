@@ -117,3 +117,14 @@ def sign_detached(data: Path, out: Path, fingerprint: str, homedir: Path | None 
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise GpgError(f"signing with key {fingerprint} failed: {proc.stderr.strip()}")
+
+
+def has_secret_key(fingerprint: str, homedir: Path | None = None) -> bool:
+    """Whether gpg (in ``homedir``) holds the secret key ``fingerprint``, to sign with it."""
+    cmd = [_tool("gpg"), "--batch", "--with-colons", "--list-secret-keys", fingerprint]
+    if homedir:
+        cmd[1:1] = ["--homedir", str(homedir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc.returncode == 0 and any(
+        line.startswith("fpr:") and line.split(":")[9] == fingerprint for line in proc.stdout.splitlines()
+    )

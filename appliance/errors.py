@@ -14,6 +14,12 @@ class ApplianceError(Exception):
     exit_code = 1
 
 
+class UsageError(ApplianceError):
+    """A command was given a missing file, a bad directory or a bad option value."""
+
+    exit_code = 2
+
+
 class SpecError(ApplianceError):
     """The spec file (appliance.toml) is missing or invalid."""
 
@@ -33,7 +39,11 @@ class AuditError(BundleError):
 
 
 class VerifyError(ApplianceError):
-    """A bundle failed verification. ``problems`` lists (path, reason) pairs."""
+    """A bundle failed verification. ``problems`` lists (path, reason) pairs.
+
+    The exit code is 10 (integrity or content), 11 (signatures) or 12 (policy):
+    ``appliance.verify.VerifyReport.exit_code`` sets it on the instance.
+    """
 
     exit_code = 10
 

@@ -28,7 +28,7 @@ class Progress:
         self.tty = enabled and self.stream.isatty()
         self._lock = threading.Lock()
         self._start = time.monotonic()
-        self._last = 0.0
+        self._last = self._start
 
     def advance(self, n: int) -> None:
         with self._lock:

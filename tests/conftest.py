@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance._internal.gpg import export_keyring, generate_key
+
 
 def _has_route_off_box() -> bool:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -47,32 +49,12 @@ class Keys:
 
     def keyring(self, *which: int, path: Path) -> Path:
         """Export the public keys ``which`` (indexes; all when empty) as a binary keyring."""
-        fprs = [self.keys[i].fingerprint for i in (which or range(len(self.keys)))]
-        out = subprocess.run(
-            ["gpg", "--homedir", str(self.homedir), "--batch", "--export", *fprs],
-            check=True, capture_output=True,
-        ).stdout
-        path.write_bytes(out)
-        return path
+        return export_keyring(self.homedir, [self.keys[i].fingerprint for i in (which or range(len(self.keys)))], path)
 
 
 def make_keys(homedir: Path, n: int) -> Keys:
-    homedir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    keys = []
-    for i in range(n):
-        uid = f"Appliance Test Signer {i} <signer{i}@appliance.invalid>"
-        subprocess.run(
-            ["gpg", "--homedir", str(homedir), "--batch", "--passphrase", "",
-             "--quick-gen-key", uid, "ed25519", "sign", "never"],
-            check=True, capture_output=True,
-        )
-        listing = subprocess.run(
-            ["gpg", "--homedir", str(homedir), "--batch", "--with-colons", "--list-secret-keys", uid],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-        keys.append(Key(fpr, uid))
-    return Keys(homedir, keys)
+    uids = [f"Appliance Test Signer {i} <signer{i}@appliance.invalid>" for i in range(n)]
+    return Keys(homedir, [Key(generate_key(homedir, uid), uid) for uid in uids])
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,27 @@ def has_secret_key(fingerprint: str, homedir: Path | None = None) -> bool:
     return proc.returncode == 0 and any(
         line.startswith("fpr:") and line.split(":")[9] == fingerprint for line in proc.stdout.splitlines()
     )
+
+
+def generate_key(homedir: Path, uid: str) -> str:
+    """Make an unprotected ed25519 signing key in ``homedir`` (throwaway keys: demo, tests); returns its fingerprint."""
+    gpg = _tool("gpg")
+    homedir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    base = [gpg, "--homedir", str(homedir), "--batch"]
+    proc = subprocess.run([*base, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise GpgError(f"key generation failed: {proc.stderr.strip()}")
+    listing = subprocess.run([*base, "--with-colons", "--list-secret-keys", uid],
+                             capture_output=True, text=True, check=True).stdout
+    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+
+def export_keyring(homedir: Path, fingerprints: list[str], out: Path) -> Path:
+    """Write the public keys as a binary keyring, the form gpgv reads."""
+    proc = subprocess.run([_tool("gpg"), "--homedir", str(homedir), "--batch", "--export", *fingerprints],
+                          capture_output=True, check=False)
+    if proc.returncode != 0 or not proc.stdout:
+        raise GpgError(f"exporting keys {fingerprints} failed: {proc.stderr.decode(errors='replace').strip()}")
+    out.write_bytes(proc.stdout)
+    return out

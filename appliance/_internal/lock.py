@@ -53,9 +53,16 @@ def project_toml(spec: Spec, reqs: list[str]) -> str:
 
 
 def _uv() -> str:
+    """The uv that ships with appliance (a declared dependency), else one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
     path = shutil.which("uv")
     if not path:
-        raise BundleError("uv not found on PATH (it is a dependency of appliance: reinstall it)")
+        raise BundleError("uv not found (it is a dependency of appliance: reinstall it)")
     return path
 
 

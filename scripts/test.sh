@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Assets fetched while the network is still there (real uv wheels, the CPU vLLM venv and model).
 bash scripts/fetch-test-wheels.sh
-if [ "${APPLIANCE_SKIP_VLLM:-0}" != 1 ]; then bash scripts/setup-vllm.sh; fi
+# The real-vLLM integration tests: required (never skipped) when their set-up ran.
+if [ "${APPLIANCE_SKIP_VLLM:-0}" != 1 ]; then
+  bash scripts/setup-vllm.sh
+  export APPLIANCE_REQUIRE_VLLM=1
+fi
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo -E"; fi

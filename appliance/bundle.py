@@ -33,12 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance import __version__
 from appliance.errors import AuditError, BundleError
 from appliance.spec import Spec
 from appliance._internal import lock, pylock
 from appliance._internal.audit import run_pip_audit
 from appliance._internal.files import copy_file
 from appliance._internal.gpg import has_secret_key
+from appliance._internal.hashing import hash_file
 from appliance._internal.manifest import AuditEntry, Manifest, utcnow
 from appliance._internal.progress import Progress
 from appliance._internal.sbom import WheelComponent, python_sbom
@@ -49,6 +51,7 @@ __all__ = ["build_bundle"]
 
 LOCKFILES = "lockfiles"
 TOOLS = "tools.json"
+HARNESS_CONTAINERFILE = "images/harness/Containerfile"
 SBOM = "sbom/python.cdx.json"
 AUDIT_REPORT = "audit/pip-audit.json"
 
@@ -133,7 +136,7 @@ def _build(spec: Spec, root: Path, options: _Options, keys: list[str], homedir: 
         pylock.localize(top, selection, {f: d.size for f, d in digests.items()}), encoding="utf-8"
     )
     (lockdir / "requirements.txt").write_text(pylock.requirements_txt(selection), encoding="utf-8")
-    (lockdir / TOOLS).write_text(_tools_json(selection), encoding="utf-8")
+    (lockdir / TOOLS).write_text(_tools_json(selection, _vendor_self(root)), encoding="utf-8")
     _write(root / SBOM, python_sbom(spec.bundle.name, spec.bundle.version, created, [
         WheelComponent(f"{pylock.WHEELHOUSE}/{f}", s.package.name, s.package.version, s.wheel.sha256, tuple(s.targets))
         for f, s in selection.items()
@@ -165,13 +168,26 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _tools_json(selection: dict[str, pylock.Selected]) -> str:
-    """lockfiles/tools.json: for each target key, the wheel that carries its uv binary."""
+def _tools_json(selection: dict[str, pylock.Selected], self_wheel: dict[str, str]) -> str:
+    """lockfiles/tools.json: for each target key, the wheel that carries its uv binary; appliance's own wheel."""
     uv = {
         target: {"version": s.package.version, "wheel": f"{pylock.WHEELHOUSE}/{f}", "sha256": s.wheel.sha256}
         for f, s in sorted(selection.items()) if s.package.name == "uv" for target in s.targets
     }
-    return json.dumps({"schema": "appliance.tools/1", "uv": dict(sorted(uv.items()))}, indent=2) + "\n"
+    doc = {"schema": "appliance.tools/1", "uv": dict(sorted(uv.items())), "appliance": self_wheel}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _vendor_self(root: Path) -> dict[str, str]:
+    """tools/appliance-*.whl (the code the box runs) and, for the box's harness image, its Containerfile."""
+    from appliance._internal.selfwheel import build_self_wheel
+
+    wheel = build_self_wheel(root / "tools")
+    containerfile = Path(__file__).parent / "_internal" / "Containerfile.harness"
+    dest = root / HARNESS_CONTAINERFILE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(containerfile, dest)
+    return {"version": __version__, "wheel": f"tools/{wheel.name}", "sha256": hash_file(wheel).sha256}
 
 
 def _copy_models(spec: Spec, root: Path, progress: bool) -> list[dict[str, str]]:

@@ -104,7 +104,11 @@ class Image(_Model):
     name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
     ref: Annotated[str, Field(min_length=1)]
     digest: str | None = None
-    role: Literal["vllm", "collector", "jaeger", "prometheus", "grafana", "other"] = "other"
+    role: Literal["vllm", "collector", "jaeger", "prometheus", "grafana", "harness-base", "other"] = "other"
+    # For a multi-platform index: which image of it to copy (os/arch[/variant]).
+    platform: Annotated[str, Field(pattern=r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")] = "linux/amd64"
+    # Only for a registry on loopback in tests or a lab: TLS stays on by default.
+    tls_verify: bool = True
 
     @field_validator("ref")
     @classmethod

@@ -115,6 +115,16 @@ ContentCheck = Callable[[Path, Manifest, dict[str, Digest]], list[Problem]]
 CONTENT_CHECKS: list[ContentCheck] = []
 
 
+def check_image_content(root: Path, manifest: Manifest, digests: dict[str, Digest]) -> list[Problem]:
+    """OCI blobs named by their sha256; layout index == images.lock == manifest == images SBOM."""
+    from appliance._internal.images import check_images
+
+    return [Problem(path=p, reason=r, kind="content") for p, r in check_images(root, manifest.images, digests)]
+
+
+CONTENT_CHECKS.append(check_image_content)
+
+
 def verify_or_raise(root: Path, keyring: Path, **options) -> VerifyReport:
     """:func:`verify_bundle`, raising :class:`VerifyError` (problems attached) unless it verifies."""
     report = verify_bundle(root, keyring, **options)

@@ -32,7 +32,7 @@ def test_layout_manifest_and_signature(built, gpg_keys, tmp_path):
     bundle, manifest = built
     assert not bundle.with_name("bundle.partial").exists()
     assert sorted(p.name for p in bundle.iterdir()) == [
-        "SHA256SUMS", "audit", "lockfiles", "manifest.json", "sbom", "signatures", "wheelhouse"]
+        "SHA256SUMS", "audit", "images", "lockfiles", "manifest.json", "sbom", "signatures", "tools", "wheelhouse"]
     assert sorted(p.name for p in (bundle / "lockfiles").iterdir()) == [
         "pylock.toml", "pyproject.toml", "requirements.txt", "tools.json", "uv.lock"]
     assert manifest.audit.status == "clean" and manifest.audit.report == "audit/pip-audit.json"

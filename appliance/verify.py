@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from appliance.errors import UsageError, VerifyError
 from appliance._internal import paths
@@ -100,6 +100,9 @@ class VerifyReport(BaseModel):
     overrides: list[str] = []
     audit: dict | None = None
     stats: Stats = Stats()
+    manifest_sha256: str | None = None
+    # bundle path -> (size, sha256) as hashed by this run: what the install stage copies against.
+    digests: dict[str, tuple[int, str]] = Field(default_factory=dict, exclude=True)
 
     @property
     def exit_code(self) -> int:
@@ -184,7 +187,8 @@ def verify_bundle(
         return report
 
     # 3. The index, then the manifest it vouches for.
-    sums_text = (root / SUMS).read_bytes().decode("utf-8", errors="replace")
+    sums_bytes = (root / SUMS).read_bytes()
+    sums_text = sums_bytes.decode("utf-8", errors="replace")
     sums, bad_lines = parse_sums(sums_text)
     for n, why in bad_lines:
         problem(SUMS, f"line {n}: {why}", "integrity")
@@ -192,6 +196,7 @@ def verify_bundle(
     if manifest is None:
         return report
     report.name, report.version = manifest.name, manifest.version
+    report.manifest_sha256 = sums.get(MANIFEST)
     report.created, report.expires = manifest.created, manifest.expires
     report.audit = manifest.audit.model_dump()
     if manifest.signing.threshold > threshold and not _threshold_met(report, manifest.signing.threshold, problem):
@@ -223,6 +228,9 @@ def verify_bundle(
         elif got.sha256 != want.sha256:
             problem(rel, "sha256 mismatch (file changed)", "integrity")
     good = {rel: d for rel, d in digests.items() if isinstance(d, Digest)}
+    report.digests = {rel: (d.size, d.sha256) for rel, d in good.items()}
+    report.digests[MANIFEST] = ((root / MANIFEST).stat().st_size, sums[MANIFEST])
+    report.digests[SUMS] = (len(sums_bytes), sha256_bytes(sums_bytes))
 
     # 6. Content, 7. policy.
     for check in (check_python_content, *CONTENT_CHECKS):

@@ -287,16 +287,25 @@ def local_name(name: str, digest: str) -> str:
     return f"localhost/appliance/{name}:{digest.split(':', 1)[1][:16]}"
 
 
-def image_digest(ref: str, env: Mapping[str, str] | None = None) -> str | None:
-    proc = subprocess.run(["podman", "image", "inspect", "--format", "{{.Digest}}", ref],
+def image_digests(ref: str, env: Mapping[str, str] | None = None) -> set[str]:
+    """Every manifest digest local storage holds for the image ``ref`` names (empty if none).
+
+    An image (one config) can be stored under several manifests, e.g. the same
+    build pushed twice with different compression; storage records each
+    manifest it stored, by the digest of its bytes.
+    """
+    proc = subprocess.run(["podman", "image", "inspect", "--format", "{{.Digest}} {{json .RepoDigests}}", ref],
                           capture_output=True, text=True, check=False, env=env)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return set()
+    first, _, rest = proc.stdout.strip().partition(" ")
+    return {first} | {r.rsplit("@", 1)[1] for r in json.loads(rest or "[]") if "@" in r}
 
 
 def load_image(root: Path, entry: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
     """Copy one verified image from the bundle's layout into podman's storage; its digest must match the lock."""
     target = local_name(entry["name"], entry["digest"])
-    if image_digest(target, env) == entry["digest"]:
+    if entry["digest"] in image_digests(target, env):
         return target
     skopeo = shutil.which("skopeo")
     if not skopeo:
@@ -304,10 +313,10 @@ def load_image(root: Path, entry: Mapping[str, Any], env: Mapping[str, str] | No
     _run([skopeo, "copy", "--quiet", "--preserve-digests", f"oci:{root / LAYOUT}:{entry['name']}",
           f"containers-storage:{target}"], f"loading image {entry['name']}", InstallError,
          env=dict(env) if env is not None else None)
-    got = image_digest(target, env)
-    if got != entry["digest"]:
+    got = image_digests(target, env)
+    if entry["digest"] not in got:
         subprocess.run(["podman", "rmi", "-f", target], capture_output=True, check=False, env=env)
-        raise InstallError(f"image {entry['name']}: loaded digest {got} differs from the lock's {entry['digest']}: removed")
+        raise InstallError(f"image {entry['name']}: loaded digests {sorted(got)} differ from the lock's {entry['digest']}: removed")
     return target
 
 

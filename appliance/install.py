@@ -200,7 +200,7 @@ def _stage(bundle: Path, report: VerifyReport, manifest: Manifest, root: Path, r
         _step(opts, "receipt")
         done = dict(receipt, result="installed", finished=utcnow().isoformat())
         _atomic_write(partial / RECEIPT, json.dumps(done, indent=2) + "\n")
-        _fsync_tree(partial)
+        os.sync()  # one flush of everything staged (thousands of venv files), before the rename makes it live
         _step(opts, "rename")
         os.rename(partial, releases / rid)
         _fsync_dir(releases)
@@ -243,19 +243,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_tree(top: Path) -> None:
-    for dirpath, _dirs, files in os.walk(top):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            if not os.path.islink(p):
-                fd = os.open(p, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        _fsync_dir(Path(dirpath))
 
 
 def host_target(tools: dict[str, Any], python: str) -> str:

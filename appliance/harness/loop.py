@@ -204,7 +204,7 @@ class Agent:
         start = time.perf_counter()
         with self.telemetry.tool(name, call_id, arguments) as span:
             result = self.tools.execute(name, arguments)
-            self.telemetry.tool_result(span, result.content, result.is_error)
+            self.telemetry.tool_result(span, result.content, result.is_error, name)
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": result.content})
         self.events.emit("tool_call", iteration=self.state.iterations + 1, tool_call_id=call_id, name=name,
                          is_error=result.is_error, duration_s=time.perf_counter() - start)
@@ -216,6 +216,7 @@ class Agent:
                                     cancel=self.config.cancel)
         self.state.iterations = number
         passed = done.exit_code == 0
+        self.telemetry.check_result(passed)
         self.events.emit("check_finished", iteration=number, exit_code=done.exit_code, passed=passed,
                          timed_out=done.timed_out, duration_s=time.perf_counter() - start,
                          output_tail=done.output[-_TAIL:])

@@ -122,6 +122,10 @@ class Telemetry:
             "gen_ai.client.operation.duration", "s", "GenAI operation duration",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
+        # The loop's own counters (no semconv for these): what the box's Grafana dashboard plots.
+        self._iterations = meter.create_counter("appliance.agent.iterations", "{iteration}", "Loop iterations started")
+        self._tool_calls = meter.create_counter("appliance.agent.tool_calls", "{call}", "Tool calls executed")
+        self._checks = meter.create_counter("appliance.agent.checks", "{check}", "Checks run, by outcome")
 
     @contextmanager
     def agent(self, task: str, run_id: str, client: ChatClient) -> Iterator[Span]:
@@ -143,8 +147,12 @@ class Telemetry:
 
     @contextmanager
     def iteration(self, number: int) -> Iterator[Span]:
+        self._iterations.add(1)
         with self._span(f"iteration {number}", {"appliance.iteration": number}) as span:
             yield span
+
+    def check_result(self, passed: bool) -> None:
+        self._checks.add(1, {"appliance.check.passed": passed})
 
     def _span(self, name: str, attributes: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL):
         """A span that leaves status to the caller: control-flow exceptions are no errors."""
@@ -196,7 +204,8 @@ class Telemetry:
         with self._span(f"execute_tool {name}", attributes) as span:
             yield span
 
-    def tool_result(self, span: Span, content: str, is_error: bool) -> None:
+    def tool_result(self, span: Span, content: str, is_error: bool, name: str = "") -> None:
+        self._tool_calls.add(1, {"gen_ai.tool.name": name, "appliance.tool.error": is_error})
         if self.capture_content:
             span.set_attribute("gen_ai.tool.call.result", content)
         if is_error:

@@ -78,6 +78,13 @@ def test_span_tree_and_genai_attributes(server, make_task, make_config, spans):
     assert sums == {"input": 200, "output": 20} and usage.unit == "{token}"
     duration = metrics["gen_ai.client.operation.duration"]
     assert duration.unit == "s" and sum(p.count for p in duration.data.data_points) == 2
+    # the loop's own counters, which the box's dashboard plots
+    assert [p.value for p in metrics["appliance.agent.iterations"].data.data_points] == [1]
+    calls = {(p.attributes["gen_ai.tool.name"], p.attributes["appliance.tool.error"]): p.value
+             for p in metrics["appliance.agent.tool_calls"].data.data_points}
+    assert calls == {("write_file", False): 1}
+    checks = {p.attributes["appliance.check.passed"]: p.value for p in metrics["appliance.agent.checks"].data.data_points}
+    assert sum(checks.values()) == 1
 
 
 def test_content_is_not_captured_by_default(server, make_task, make_config, spans):

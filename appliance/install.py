@@ -68,6 +68,8 @@ class InstallOptions:
     images: bool = True  # load images, build the harness image, write the stack
     start: bool = False  # podman kube play the stack after the switch
     python: str | None = None  # interpreter for the harness venv (default: this one)
+    publish_host: str = "127.0.0.1"  # where the stack's ports are published
+    stack_ports: dict[str, int] | None = None  # host ports, by name (appliance._internal.stack.DEFAULT_PORTS)
     progress: bool = True
     # Test hook: called with a step name before each step (fault injection at a step boundary).
     on_step: Callable[[str], None] | None = field(default=None, repr=False)
@@ -348,7 +350,7 @@ def _install_images(bundle: Path, partial: Path, copy: _Copier, manifest: Manife
         out["harness"] = _build_harness_image(copy, partial, roles["harness-base"], manifest, env)
         roles["harness"] = out["harness"]
     _step(opts, "stack")
-    out["stack"] = str(_write_stack(partial, manifest, roles))
+    out["stack"] = str(_write_stack(partial, manifest, roles, opts))
     return out
 
 
@@ -373,7 +375,7 @@ def _build_harness_image(copy: _Copier, partial: Path, base: str, manifest: Mani
     return tag
 
 
-def _write_stack(partial: Path, manifest: Manifest, roles: dict[str, str]) -> Path:
+def _write_stack(partial: Path, manifest: Manifest, roles: dict[str, str], opts: InstallOptions) -> Path:
     from appliance._internal.stack import StackImages, render_stack
 
     model = manifest.models[0] if manifest.models else None
@@ -384,6 +386,7 @@ def _write_stack(partial: Path, manifest: Manifest, roles: dict[str, str]) -> Pa
         partial / "stack",
         model_dir=(partial / "bundle" / model.path) if model else None,
         model_name=model.name if model else "model",
+        publish_host=opts.publish_host, ports=opts.stack_ports,
     )
     # Paths inside the YAML point at the release's final location (it is renamed before anything starts).
     yaml.write_text(yaml.read_text(encoding="utf-8").replace(str(partial), str(final)), encoding="utf-8")

@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # Everything the product and its tests call: gpg/gpgv (signatures), podman/skopeo/registry
 # (images), bubblewrap (tool sandbox), runc (podman runtime here), iproute2/util-linux (unshare -n).
 PKGS=(ca-certificates gnupg gpgv podman skopeo docker-registry bubblewrap runc uidmap
-      fuse-overlayfs busybox-static iproute2 util-linux)
+      fuse-overlayfs busybox-static catatonit iproute2 util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.spec import default_spec, load_spec
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     bundle = subparsers.add_parser("bundle", help="build a signed offline bundle (on a connected host)")
@@ -38,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from appliance.bundle import build_bundle
+
+    from appliance.spec import default_spec, load_spec
 
     spec = load_spec(args.spec) if args.spec else default_spec()
     manifest = build_bundle(

@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-import platformdirs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from appliance.bundle import build_bundle
     from appliance.errors import AuditError, UsageError
+    import platformdirs
+
     from appliance.spec import default_spec
     from appliance.verify import render, verify_bundle
     from appliance._internal.gpg import export_keyring, generate_key

@@ -12,10 +12,10 @@ from cyclonedx.validation.json import JsonStrictValidator
 
 from appliance.bundle import build_bundle
 from appliance.errors import BundleError, InstallError, VerifyError
-from appliance.install import InstallOptions, install_bundle
+from appliance.install import InstallOptions, install_bundle, status
 from appliance.spec import parse_spec
 from appliance.verify import verify_bundle
-from appliance._internal import images
+from appliance._internal import images, stack
 
 from .conftest import images_toml, podman_env, sh, spec_text
 from .test_install import reseal
@@ -105,9 +105,30 @@ def test_load_checks_the_digest_after_loading(image_bundle):
     assert images.image_digests(images.local_name("jaeger", entry["digest"]), env) == set()
 
 
-def test_install_loads_images_builds_the_harness_and_writes_the_stack(image_bundle, keyring, tmp_path):
+def free_ports() -> dict[str, int]:
+    import socket
+
+    out = {}
+    for name in stack.DEFAULT_PORTS:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            out[name] = s.getsockname()[1]
+    return out
+
+
+def test_install_loads_images_builds_the_harness_and_starts_the_stack(image_bundle, keyring, tmp_path, monkeypatch):
+    monkeypatch.delenv("CONTAINERS_CONF", raising=False)  # the packaged containers.conf must be enough
     prefix = tmp_path / "box"
-    receipt = install_bundle(image_bundle, keyring, InstallOptions(prefix=prefix, progress=False))
+    options = InstallOptions(prefix=prefix, progress=False, start=True, stack_ports=free_ports())
+    try:
+        receipt = install_bundle(image_bundle, keyring, options)
+        st = status(prefix)
+    finally:
+        if (prefix / "current" / "stack" / "stack.yaml").exists():
+            stack.stop_stack(prefix / "current" / "stack" / "stack.yaml")
+    assert receipt["started_stack"] is True
+    assert st["stack"] == {p: "running" for p in ("vllm", "collector", "jaeger", "prometheus", "grafana")}, st["stack"]
+    assert stack.stack_status() == {}
     env = podman_env()
     lock = images.read_lock(image_bundle)
     for name, ref in receipt["images"]["loaded"].items():
@@ -120,8 +141,14 @@ def test_install_loads_images_builds_the_harness_and_writes_the_stack(image_bund
     out = sh("podman", "run", "--rm", "--network", "none", "--entrypoint", "/opt/appliance/venv/bin/python",
              harness, "-c", "import alpha, x86only; print(alpha.__version__)")
     assert out.stdout.strip() == "1.0"
-    stack = prefix / "current" / "stack" / "stack.yaml"
-    assert stack.is_file() and str(prefix / "releases") in stack.read_text()
-    assert ".partial" not in stack.read_text()
+    stack_file = prefix / "current" / "stack" / "stack.yaml"
+    assert stack_file.is_file() and str(prefix / "releases") in stack_file.read_text()
+    assert ".partial" not in stack_file.read_text()
+    pod = json.loads(stack_yaml := stack_file.read_text())
+    assert {c["name"] for c in pod["spec"]["containers"]} == {"vllm", "collector", "jaeger", "prometheus", "grafana"}
+    assert all(p["hostIP"] == "127.0.0.1" for c in pod["spec"]["containers"] for p in c.get("ports", []))
+    model = next(v for v in pod["spec"]["volumes"] if v["name"] == "model")["hostPath"]["path"]
+    assert model.startswith(str(prefix / "releases")) and (prefix / "current" / "bundle" / "models" / "tiny" / "config.json").is_file()
+    assert str(tmp_path) in stack_yaml
     # a second install of the same bundle changes nothing
     assert install_bundle(image_bundle, keyring, InstallOptions(prefix=prefix, progress=False))["result"] == "unchanged"

@@ -191,36 +191,25 @@ def render_stack(images: StackImages, out_dir: Path, *, model_dir: Path | None, 
             "ports": [_port("openai", 8000, publish_host, host["vllm"])],
             "volumeMounts": [mount],
         })
-    if images.collector:
-        path = _write(out_dir / "collector.yaml", _yaml_text(collector_config(images)))
-        mount, vol = _file_mount("collector-config", path, "/etc/appliance/collector.yaml")
+    def configured(name: str, image: str | None, file: str, doc: dict[str, Any], args: list[str],
+                   ports: list[dict[str, Any]]) -> None:
+        """A part configured by one file of ours, mounted read-only at /etc/appliance/<file>."""
+        if not image:
+            return
+        mount, vol = _file_mount(f"{name}-config", _write(out_dir / file, _yaml_text(doc)), f"/etc/appliance/{file}")
         volumes.append(vol)
-        containers.append({
-            "name": "collector", "image": images.collector, "args": ["--config=/etc/appliance/collector.yaml"],
-            "env": offline_env,
-            "ports": [_port("otlp-grpc", 4317, publish_host, host["otlp-grpc"]),
-                      _port("otlp-http", 4318, publish_host, host["otlp-http"])],
-            "volumeMounts": [mount],
-        })
-    if images.jaeger:
-        path = _write(out_dir / "jaeger.yaml", _yaml_text(jaeger_config()))
-        mount, vol = _file_mount("jaeger-config", path, "/etc/appliance/jaeger.yaml")
-        volumes.append(vol)
-        containers.append({
-            "name": "jaeger", "image": images.jaeger, "args": ["--config=/etc/appliance/jaeger.yaml"],
-            "env": offline_env, "ports": [_port("ui", 16686, publish_host, host["jaeger-ui"])],
-            "volumeMounts": [mount],
-        })
-    if images.prometheus:
-        path = _write(out_dir / "prometheus.yml", _yaml_text(prometheus_config(images)))
-        mount, vol = _file_mount("prometheus-config", path, "/etc/appliance/prometheus.yml")
-        volumes.append(vol)
-        containers.append({
-            "name": "prometheus", "image": images.prometheus,
-            "args": ["--config.file=/etc/appliance/prometheus.yml", "--web.listen-address=0.0.0.0:9090"],
-            "env": offline_env, "ports": [_port("web", 9090, publish_host, host["prometheus"])],
-            "volumeMounts": [mount],
-        })
+        containers.append({"name": name, "image": image, "args": args, "env": offline_env, "ports": ports,
+                           "volumeMounts": [mount]})
+
+    configured("collector", images.collector, "collector.yaml", collector_config(images),
+               ["--config=/etc/appliance/collector.yaml"],
+               [_port("otlp-grpc", 4317, publish_host, host["otlp-grpc"]),
+                _port("otlp-http", 4318, publish_host, host["otlp-http"])])
+    configured("jaeger", images.jaeger, "jaeger.yaml", jaeger_config(), ["--config=/etc/appliance/jaeger.yaml"],
+               [_port("ui", 16686, publish_host, host["jaeger-ui"])])
+    configured("prometheus", images.prometheus, "prometheus.yml", prometheus_config(images),
+               ["--config.file=/etc/appliance/prometheus.yml", "--web.listen-address=0.0.0.0:9090"],
+               [_port("web", 9090, publish_host, host["prometheus"])])
     if images.grafana:
         prov = out_dir / "grafana" / "provisioning"
         _write(prov / "datasources" / "appliance.yaml", _yaml_text(grafana_datasources(images)))

@@ -124,6 +124,7 @@ class Agent:
         self.client = config.client
         self.tools = Toolbox(task.workspace, self.limits.shell_timeout, self.limits.output_cap, config.cancel)
         self.messages: list[dict[str, Any]] = []
+        self.iteration = state.iterations + 1  # the iteration under way (its LLM calls, tools, reflection)
         self._clock = (time.monotonic(), state.elapsed_s)
 
     def run(self) -> RunState:
@@ -158,7 +159,7 @@ class Agent:
         self.check_limits()
         if self.state.iterations >= self.limits.max_iterations:
             raise LimitReached(f"max_iterations ({self.limits.max_iterations}) reached")
-        number = self.state.iterations + 1
+        number = self.iteration = self.state.iterations + 1
         self.messages = self.initial_messages()
         with self.telemetry.iteration(number):
             reflection = (self.task.workspace / REFLECTION_FILE).is_file()
@@ -194,7 +195,7 @@ class Agent:
         self.state.steps += 1
         self.state.input_tokens += result.input_tokens
         self.state.output_tokens += result.output_tokens
-        self.events.emit("llm_call", iteration=self.state.iterations + 1, step=self.state.steps,
+        self.events.emit("llm_call", iteration=self.iteration, step=self.state.steps,
                          response_id=result.id, model=result.model, finish_reason=result.finish_reason,
                          input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                          tool_calls=[c.name for c in result.tool_calls], duration_s=time.perf_counter() - start)
@@ -206,7 +207,7 @@ class Agent:
             result = self.tools.execute(name, arguments)
             self.telemetry.tool_result(span, result.content, result.is_error, name)
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": result.content})
-        self.events.emit("tool_call", iteration=self.state.iterations + 1, tool_call_id=call_id, name=name,
+        self.events.emit("tool_call", iteration=self.iteration, tool_call_id=call_id, name=name,
                          is_error=result.is_error, duration_s=time.perf_counter() - start)
 
     def check(self, number: int) -> None:
@@ -232,7 +233,8 @@ class Agent:
         text = f"Attempt {number} failed the check ({exit_text}). End of the check output:\n```\n{tail}\n```\n"
         if self.config.model_reflection:
             prompt = f"Task:\n{self.task.prompt[:_TAIL]}\n\nCheck output (end):\n{tail}\n\n{REFLECTION_PROMPT}"
-            answer = self.query([{"role": "user", "content": prompt}], max_tokens=200).content.strip()
+            cap = min(200, self.config.max_completion_tokens or 200)
+            answer = self.query([{"role": "user", "content": prompt}], max_tokens=cap).content.strip()
             text += f"\nReflection:\n{answer[:1000]}\n"
         path = self.task.workspace / REFLECTION_FILE
         path.parent.mkdir(exist_ok=True)

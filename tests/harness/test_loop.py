@@ -39,6 +39,8 @@ def test_passes_on_second_iteration_with_reflection_in_prompt(server, make_task,
     assert [e["passed"] for e in events if e["type"] == "check_finished"] == [False, True]
     assert all(e["schema"] == "appliance.events/1" for e in events)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    # the reflection call belongs to the iteration whose check failed
+    assert [e["iteration"] for e in events if e["type"] == "llm_call"] == [1, 1, 1, 2, 2]
     trajectory = json.loads(RunPaths(config.runs_dir / state.run_id).trajectory.read_text())
     assert trajectory["state"]["status"] == "passed"
     assert trajectory["messages"][-1]["content"] == "finished again"

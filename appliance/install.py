@@ -7,7 +7,9 @@ Workflow, in its safety order (layout: :mod:`appliance._internal.paths`):
 1. Verify (:func:`appliance.verify.verify_or_raise`): signatures, every hash,
    lock == wheelhouse == SBOM, image blobs, policy; the rollback floor is the
    current install. Nothing of the bundle is used before this passes.
-2. Stage into ``releases/<id>.partial`` (``<id>`` = version + manifest digest).
+2. Stage into ``releases/<id>`` (``<id>`` = version + manifest digest), in place
+   (venv scripts and the stack YAML name their final paths); the release is
+   complete only once its ``receipt.json`` is written, last, after a sync.
    Every file taken from the bundle after verify is copied and hashed in one
    pass against the digests verify just computed, so a file swapped on the
    medium after the check is refused (lockfiles, SBOMs, uv, appliance's wheel,
@@ -20,11 +22,11 @@ Workflow, in its safety order (layout: :mod:`appliance._internal.paths`):
    podman's storage and its digest compared with the lock; the harness image
    built with ``podman build --network none``; the stack written as Kubernetes
    YAML (started only on request).
-5. The staged release is renamed into place and ``current`` switched with one
-   atomic ``rename`` of a symlink; the old one becomes ``previous``.
+5. ``current`` is switched to the complete release with one atomic ``rename``
+   of a symlink; the old one becomes ``previous``.
 
-A failure or kill -9 at any step leaves ``current`` untouched; a stale
-``.partial`` is removed by the next install. Installing the same bundle again
+A failure or kill -9 at any step leaves ``current`` untouched; a release
+directory without a receipt (an interrupted install) is removed by the next. Installing the same bundle again
 is a no-op. Every attempt leaves a receipt in ``receipts/``.
 """
 
@@ -175,20 +177,21 @@ def _stage(bundle: Path, report: VerifyReport, manifest: Manifest, root: Path, r
            receipt: dict[str, Any], opts: InstallOptions) -> None:
     releases = root / "releases"
     releases.mkdir(parents=True, exist_ok=True)
-    for stale in releases.glob("*.partial"):
-        _say(f"removing {stale.name} (left by an interrupted install)")
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = releases / f"{rid}.partial"
-    partial.mkdir()
+    for stale in releases.iterdir():
+        if not (stale / RECEIPT).is_file():
+            _say(f"removing releases/{stale.name} (left incomplete by an interrupted install)")
+            shutil.rmtree(stale, ignore_errors=True)
+    release = releases / rid
+    release.mkdir()
     digests = {rel: Digest(size, sha) for rel, (size, sha) in report.digests.items()}
     try:
-        copy = _Copier(bundle, partial / "bundle", digests)
+        copy = _Copier(bundle, release / "bundle", digests)
         _step(opts, "metadata")
         for rel in sorted(digests):
             if rel.split("/", 1)[0] in ("lockfiles", "sbom", "audit", "tools") or rel in (MANIFEST, "SHA256SUMS"):
                 copy(rel)
         _step(opts, "venv")
-        receipt["venv"] = _make_venv(bundle, partial, copy, opts)
+        receipt["venv"] = _make_venv(bundle, release, copy, opts)
         _step(opts, "models")
         for model in manifest.models:
             n = 0
@@ -197,17 +200,15 @@ def _stage(bundle: Path, report: VerifyReport, manifest: Manifest, root: Path, r
                 n += 1
             _say(f"model {model.name}: {n} file(s) copied and checked")
         if manifest.images and opts.images:
-            receipt["images"] = _install_images(bundle, partial, copy, manifest, opts)
-        (partial / "uv").unlink(missing_ok=True)  # the venv has its own copy (uv is in every bundle's lock)
+            receipt["images"] = _install_images(bundle, release, copy, manifest, opts)
+        (release / "uv").unlink(missing_ok=True)  # the venv has its own copy (uv is in every bundle's lock)
         _step(opts, "receipt")
         done = dict(receipt, result="installed", finished=utcnow().isoformat())
-        _atomic_write(partial / RECEIPT, json.dumps(done, indent=2) + "\n")
-        os.sync()  # one flush of everything staged (thousands of venv files), before the rename makes it live
-        _step(opts, "rename")
-        os.rename(partial, releases / rid)
-        _fsync_dir(releases)
+        os.sync()  # one flush of everything staged (thousands of venv files) before the receipt completes it
+        _atomic_write(release / RECEIPT, json.dumps(done, indent=2) + "\n")
+        _fsync_dir(release)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(release, ignore_errors=True)
         raise
 
 
@@ -287,14 +288,14 @@ def _uv_env(cache: Path) -> dict[str, str]:
             "UV_LINK_MODE": "copy"}
 
 
-def _make_venv(bundle: Path, partial: Path, copy: _Copier, opts: InstallOptions) -> dict[str, str]:
+def _make_venv(bundle: Path, release: Path, copy: _Copier, opts: InstallOptions) -> dict[str, str]:
     tools = json.loads((copy.dest / "lockfiles" / "tools.json").read_text(encoding="utf-8"))
     python = opts.python or getattr(sys, "_base_executable", None) or sys.executable
     key = host_target(tools, python)
-    uv = _extract_uv(tools["uv"][key]["wheel"], partial / "uv", copy)
+    uv = _extract_uv(tools["uv"][key]["wheel"], release / "uv", copy)
     # The copied pylock points at ../wheelhouse/: link the bundle's wheelhouse beside it (read with --require-hashes).
     (copy.dest / "wheelhouse").symlink_to(bundle / "wheelhouse", target_is_directory=True)
-    venv = partial / "venv"
+    venv = release / "venv"
     pylock = copy.dest / "lockfiles" / "pylock.toml"
     self_req = _self_requirement(copy, tools)
     with tempfile.TemporaryDirectory(prefix="appliance-uv-cache-") as cache:
@@ -334,7 +335,7 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None, **kw: An
     return proc
 
 
-def _install_images(bundle: Path, partial: Path, copy: _Copier, manifest: Manifest,
+def _install_images(bundle: Path, release: Path, copy: _Copier, manifest: Manifest,
                     opts: InstallOptions) -> dict[str, Any]:
     env = _images.podman_env(CONTAINERS_CONF if CONTAINERS_CONF.is_file() else None)
     locked = _images.read_lock(copy.dest)
@@ -347,15 +348,15 @@ def _install_images(bundle: Path, partial: Path, copy: _Copier, manifest: Manife
     out: dict[str, Any] = {"loaded": loaded}
     if "harness-base" in roles:
         _step(opts, "harness-image")
-        out["harness"] = _build_harness_image(copy, partial, roles["harness-base"], manifest, env)
+        out["harness"] = _build_harness_image(copy, release, roles["harness-base"], manifest, env)
         roles["harness"] = out["harness"]
     _step(opts, "stack")
-    out["stack"] = str(_write_stack(partial, manifest, roles, opts))
+    out["stack"] = str(_write_stack(release, manifest, roles, opts))
     return out
 
 
-def _build_harness_image(copy: _Copier, partial: Path, base: str, manifest: Manifest, env: dict[str, str]) -> str:
-    ctx = partial / "harness-context"
+def _build_harness_image(copy: _Copier, release: Path, base: str, manifest: Manifest, env: dict[str, str]) -> str:
+    ctx = release / "harness-context"
     ctx.mkdir()
     tools = json.loads((copy.dest / "lockfiles" / "tools.json").read_text(encoding="utf-8"))
     sub = _Copier(copy.src, ctx, copy.digests)
@@ -363,7 +364,7 @@ def _build_harness_image(copy: _Copier, partial: Path, base: str, manifest: Mani
         sub(rel)
     sub("lockfiles/pylock.toml")
     sub("images/harness/Containerfile")
-    shutil.copy2(partial / "uv", ctx / "uv")
+    shutil.copy2(release / "uv", ctx / "uv")
     (ctx / "self.txt").write_text(
         f"appliance @ file:///opt/appliance/{tools['appliance']['wheel']} --hash=sha256:{tools['appliance']['sha256']}\n",
         encoding="utf-8")
@@ -375,22 +376,19 @@ def _build_harness_image(copy: _Copier, partial: Path, base: str, manifest: Mani
     return tag
 
 
-def _write_stack(partial: Path, manifest: Manifest, roles: dict[str, str], opts: InstallOptions) -> Path:
+def _write_stack(release: Path, manifest: Manifest, roles: dict[str, str], opts: InstallOptions) -> Path:
     from appliance._internal.stack import StackImages, render_stack
 
     model = manifest.models[0] if manifest.models else None
-    final = partial.with_name(partial.name.removesuffix(".partial"))
     yaml = render_stack(
         StackImages(vllm=roles.get("vllm"), collector=roles.get("collector"), jaeger=roles.get("jaeger"),
                     prometheus=roles.get("prometheus"), grafana=roles.get("grafana")),
-        partial / "stack",
-        model_dir=(partial / "bundle" / model.path) if model else None,
+        release / "stack",
+        model_dir=(release / "bundle" / model.path) if model else None,
         model_name=model.name if model else "model",
         publish_host=opts.publish_host, ports=opts.stack_ports,
     )
-    # Paths inside the YAML point at the release's final location (it is renamed before anything starts).
-    yaml.write_text(yaml.read_text(encoding="utf-8").replace(str(partial), str(final)), encoding="utf-8")
-    return final / "stack" / yaml.name
+    return yaml
 
 
 # --- switching --------------------------------------------------------------------------------------------

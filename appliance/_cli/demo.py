@@ -2,7 +2,8 @@
 
 Builds a bundle from ``appliance/default.toml`` (the harness's own runtime
 dependencies for four targets), signs it with a throwaway key made for the
-demo, verifies it as a box would, and prints the report.
+demo, verifies it as a box would, prints the report, and installs it (the
+harness venv, offline, from the bundle's own uv) into the demo's work dir.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--osv-url", metavar="URL", help="audit against this OSV API instead of PyPI's JSON API")
     p.add_argument("--with-images", action="store_true",
                    help="also pull the default spec's upstream images by digest (needs their registries)")
+    p.add_argument("--no-install", action="store_true", help="stop after verify (no offline install into the workdir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
@@ -62,4 +64,15 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\ndemo: verifying {out} as the box would (`appliance verify {out} --keyring {keyring}`)")
     report = verify_bundle(out, keyring, installed_version=None, progress=not args.no_progress)
     print(render(report))
-    return report.exit_code
+    if not report.ok or args.no_install:
+        return report.exit_code
+
+    from appliance.install import InstallOptions, install_bundle
+
+    box = work / "box"
+    print(f"\ndemo: installing it offline into {box} (`appliance install {out} --keyring {keyring} --prefix {box}`)")
+    receipt = install_bundle(out, keyring, InstallOptions(prefix=box, images=args.with_images,
+                                                          progress=not args.no_progress))
+    print(f"demo: {receipt['result']} release {receipt['release']}: harness venv {receipt['venv']['path']} "
+          f"(made with {receipt['venv']['tool']}); `appliance status --prefix {box}` shows it")
+    return 0

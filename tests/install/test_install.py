@@ -65,6 +65,10 @@ def test_install_makes_a_working_offline_venv(v1, keyring, tmp_path):
     import appliance
 
     assert out.stdout.split() == ["1.0", appliance.__version__]
+    # console scripts name the release's final path
+    cli = subprocess.run([prefix / "current" / "venv" / "bin" / "appliance", "--version"], capture_output=True, text=True)
+    assert cli.stdout.strip() == f"appliance {appliance.__version__}", cli.stderr
+    assert receipt["venv"]["path"] == str(prefix / "releases" / receipt["release"] / "venv")
     # the release holds verified copies of the metadata; the vendored uv is not left loose
     rel = prefix / "current"
     assert (rel / "bundle" / "lockfiles" / "pylock.toml").read_bytes() == (v1 / "lockfiles" / "pylock.toml").read_bytes()
@@ -122,7 +126,7 @@ def test_a_bundle_that_does_not_verify_is_refused(v1, v2, keyring, tmp_path):
     assert exc.value.exit_code == 10
     assert any(p == f"wheelhouse/{wheel.name}" and "sha256" in r for p, r in exc.value.problems)
     assert current(prefix).endswith(r1["release"])
-    assert not list((prefix / "releases").glob("*.partial"))
+    assert [p.name for p in (prefix / "releases").iterdir()] == [r1["release"]]
     last = status(prefix, stack=False)["last_attempt"]
     assert last["result"] == "failed" and "does not verify" in last["error"]
 
@@ -152,7 +156,7 @@ KILL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("at", ["verify", "metadata", "venv", "models", "receipt", "rename"])
+@pytest.mark.parametrize("at", ["verify", "metadata", "venv", "models", "receipt"])
 def test_kill_9_mid_install_leaves_the_previous_one_working(v1, v2, keyring, tmp_path, at):
     prefix = tmp_path / "box"
     r1 = install_bundle(v1, keyring, opts(prefix))
@@ -165,7 +169,7 @@ def test_kill_9_mid_install_leaves_the_previous_one_working(v1, v2, keyring, tmp
     # the next run cleans up and completes
     r2 = install_bundle(v2, keyring, opts(prefix))
     assert r2["result"] == "installed" and current(prefix).endswith(r2["release"])
-    assert not list((prefix / "releases").glob("*.partial"))
+    assert all((p / "receipt.json").is_file() for p in (prefix / "releases").iterdir())
 
 
 DISK_FULL = textwrap.dedent("""

@@ -11,6 +11,8 @@ share our GIL) answers every chat request with the same streamed tool call
            fsync + the list_dir tool + its span and event + atomic trajectory
            save), timed inside iterations (iteration_started .. turn_ended),
            5 calls per iteration; the bare loops replay the same requests;
+   step - tool work: the same, less the time the tool itself ran (from the
+           loop's tool_call events): the harness's own cost per call;
 
 then K concurrent runs (K = 1, 4, 8) against the one server, in calls/s.
 Not a test: it prints numbers.
@@ -67,11 +69,12 @@ def client_only(url: str, bodies: list[dict], calls: int) -> float:
     return time.perf_counter() - start
 
 
-def loops(url: str, root: Path, k: int, calls: int) -> tuple[float, int, list[dict]]:
+def loops(url: str, root: Path, k: int, calls: int) -> tuple[float, int, list[dict], float]:
     """K concurrent runs, ``calls`` LLM calls in all, STEPS per iteration (the check fails, so runs go on).
 
-    Returns the time spent inside iterations (checks excluded), the calls made, and the
-    request bodies of one iteration (for the bare loops to replay).
+    Returns the time spent inside iterations (checks excluded), the calls made, the
+    request bodies of one iteration (for the bare loops to replay), and the time the
+    tools themselves took (list_dir, as timed by the loop's tool_call events).
     """
     tasks = []
     for i in range(k):
@@ -84,7 +87,7 @@ def loops(url: str, root: Path, k: int, calls: int) -> tuple[float, int, list[di
                        otlp_endpoint=f"http://127.0.0.1:{closed_port()}", model_reflection=False,
                        limit_overrides={"max_steps": STEPS, "max_iterations": max(calls // (k * STEPS), 1)})
     states = run_tasks(tasks, config)
-    inside = 0.0
+    inside = tools = 0.0
     for s in states:
         started = 0.0
         for e in read_events(config.runs_dir / s.run_id / "events.jsonl"):
@@ -92,11 +95,13 @@ def loops(url: str, root: Path, k: int, calls: int) -> tuple[float, int, list[di
                 started = e["ts"]
             elif e["type"] == "turn_ended":
                 inside += e["ts"] - started
+            elif e["type"] == "tool_call":
+                tools += e["duration_s"]
     messages = json.loads((config.runs_dir / states[0].run_id / "trajectory.json").read_text())["messages"]
     bodies = [{"model": "tiny-model", "messages": messages[: 2 + 2 * j], "stream": True,
                "stream_options": {"include_usage": True}, "tools": TOOL_SPECS, "tool_choice": "auto"}
               for j in range(STEPS)]
-    return inside / k, sum(s.steps for s in states), bodies
+    return inside / k, sum(s.steps for s in states), bodies, tools / k
 
 
 def main() -> None:
@@ -112,10 +117,11 @@ def main() -> None:
     n = args.calls
     try:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            t_loop, calls, bodies = loops(url, Path(tmp), 1, n)
+            t_loop, calls, bodies, t_tools = loops(url, Path(tmp), 1, n)
             bare(url, bodies, 20), client_only(url, bodies, 20)  # warm up
             t_bare, t_client = bare(url, bodies, calls), client_only(url, bodies, calls)
-            per = {"bare httpx": t_bare / calls, "ChatClient.chat": t_client / calls, "agent step": t_loop / calls}
+            per = {"bare httpx": t_bare / calls, "ChatClient.chat": t_client / calls, "agent step": t_loop / calls,
+                   "step - tool work": (t_loop - t_tools) / calls}
             print(f"{calls} calls, same requests and scripted responses (streamed list_dir tool call)")
             for name, seconds in per.items():
                 added = (seconds - per["bare httpx"]) * 1000
@@ -123,7 +129,7 @@ def main() -> None:
                       f"added {added:+7.3f} ms/call")
             print("concurrent loops against one server:")
             for k in (1, 4, 8):
-                wall, calls, _ = loops(url, Path(tmp), k, n)
+                wall, calls, _, _ = loops(url, Path(tmp), k, n)
                 print(f"  K={k}: {calls} calls in {wall:.2f} s (in iterations) = {calls / wall:7.1f} calls/s")
     finally:
         child.terminate()

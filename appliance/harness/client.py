@@ -199,12 +199,15 @@ def parse_stream(lines: Iterator[str], cancel: threading.Event | None = None) ->
     result = ChatResult()
     calls: dict[int, ToolCall] = {}
     content: list[str] = []
-    saw_choices = False
+    saw_choices = done = False
     for data in _sse_data(lines):
         if cancel and cancel.is_set():
             raise Cancelled("cancelled during the stream")
+        if done:  # read the body to its end, so the connection goes back to the pool
+            continue
         if data == "[DONE]":
-            break
+            done = True
+            continue
         chunk = _json_object(data)
         if "error" in chunk:
             raise MalformedResponse(f"server sent an error in the stream: {json.dumps(chunk['error'])[:500]}")
@@ -219,7 +222,7 @@ def parse_stream(lines: Iterator[str], cancel: threading.Event | None = None) ->
         for choice in choices:
             saw_choices = True
             _fold_choice(choice, content, calls, result)
-    else:
+    if not done:
         raise MalformedResponse("stream ended without [DONE]")
     if not saw_choices:
         raise MalformedResponse("stream carried no choices")

@@ -149,7 +149,7 @@ class Agent:
                     self.state.status, self.state.reason = "error", f"{type(exc).__name__}: {exc}"
                 self.telemetry.outcome(span, self.state.status, self.state.reason)
         finally:
-            self.save()
+            self.save(durable=True)
             self.events.emit("run_finished", status=self.state.status, reason=self.state.reason, **self._progress())
             self.events.close()
             self.telemetry.shutdown()
@@ -170,6 +170,7 @@ class Agent:
                 raise TurnEnded("max_steps")
             except TurnEnded as end:
                 self.events.emit("turn_ended", iteration=number, reason=str(end))
+            self.save(durable=True)
             self.check(number)
 
     def step(self) -> None:
@@ -260,11 +261,13 @@ class Agent:
         started, before = self._clock
         return before + time.monotonic() - started
 
-    def save(self) -> None:
+    def save(self, durable: bool = False) -> None:
+        """Replace trajectory.json (atomic: a kill -9 leaves the old or the new one). Per step it is not
+        fsync'd: events.jsonl, fsync'd line by line, is the durable record; turn and run ends are."""
         self.state.elapsed_s = self.elapsed()
         store.write_json_atomic(self.paths.trajectory, {
             "schema": store.TRAJECTORY_SCHEMA, "state": asdict(self.state), "messages": self.messages,
-        })
+        }, durable=durable)
 
     def _progress(self) -> dict[str, Any]:
         s = self.state
@@ -297,7 +300,7 @@ def new_run(task: Task, config: RunConfig) -> Agent:
     state = RunState(run_id, str(task.dir), asdict(task.limits), started_at=now.isoformat(),
                      model=config.client.model or "")
     agent = Agent(task, paths, state, config)
-    agent.save()
+    agent.save(durable=True)
     return agent
 
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from appliance.errors import ApplianceError, InstallError
 from appliance.verify import VerifyReport, verify_or_raise
@@ -70,6 +70,7 @@ class InstallOptions:
     images: bool = True  # load images, build the harness image, write the stack
     start: bool = False  # podman kube play the stack after the switch
     python: str | None = None  # interpreter for the harness venv (default: this one)
+    installer: Literal["auto", "uv", "pip"] = "auto"  # auto: the bundle's uv, pip only if it cannot run here
     publish_host: str = "127.0.0.1"  # where the stack's ports are published
     stack_ports: dict[str, int] | None = None  # host ports, by name (appliance._internal.stack.DEFAULT_PORTS)
     progress: bool = True
@@ -301,7 +302,10 @@ def _make_venv(bundle: Path, release: Path, copy: _Copier, opts: InstallOptions)
     with tempfile.TemporaryDirectory(prefix="appliance-uv-cache-") as cache:
         env = _uv_env(Path(cache))
         probe = subprocess.run([str(uv), "--version"], capture_output=True, text=True, env=env, check=False)
-        if probe.returncode == 0:
+        use_uv = probe.returncode == 0 and opts.installer != "pip"
+        if opts.installer == "uv" and not use_uv:
+            raise InstallError(f"the bundle's uv cannot run here: {probe.stderr.strip()[:500]}")
+        if use_uv:
             _say(f"venv with the bundle's {probe.stdout.strip()} ({key})")
             flags = ["--offline", "--no-index", "--no-build", "--require-hashes"]
             _run([str(uv), "venv", "--quiet", "--python", python, str(venv)], "creating the venv", env)
@@ -312,17 +316,38 @@ def _make_venv(bundle: Path, release: Path, copy: _Copier, opts: InstallOptions)
                       "-r", str(self_req)], "installing appliance", env)
             tool = probe.stdout.strip()
         else:
-            _say(f"the bundle's uv cannot run here ({probe.stderr.strip()[:200]}): falling back to pip")
+            why = "--installer pip" if opts.installer == "pip" else f"the bundle's uv cannot run here ({probe.stderr.strip()[:200]})"
+            _say(f"{why}: venv with pip")
+            env = _pip_env()
             _run([python, "-m", "venv", str(venv)], "creating the venv", env)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-build-isolation",
-                   "--only-binary", ":all:", "--require-hashes", "--no-deps"]
-            _run([*pip, "-r", str(copy.dest / "lockfiles" / "requirements.txt"), "--find-links", str(bundle / "wheelhouse")],
-                 "installing the wheelhouse with pip", env)
+            reqs = copy.dest / "lockfiles" / "pip-requirements.txt"
+            reqs.write_text(pip_requirements(pylock), encoding="utf-8")
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--only-binary",
+                   ":all:", "--require-hashes", "--no-deps", "--find-links", str(bundle / "wheelhouse")]
+            _run([*pip, "-r", str(reqs)], "installing the wheelhouse with pip", env)
             if self_req:
                 _run([*pip, "-r", str(self_req)], "installing appliance with pip", env)
-            tool = "pip"
+            tool = "pip " + _run([str(venv / "bin" / "python"), "-m", "pip", "--version"], "pip", env).stdout.split()[1]
     (copy.dest / "wheelhouse").unlink()
     return {"path": str(venv), "tool": tool, "target": key}
+
+
+def pip_requirements(pylock: Path) -> str:
+    """The pylock as a pip requirements file: pins, markers (pip evaluates them for the venv) and every hash."""
+    import tomllib
+
+    lines = []
+    for pkg in tomllib.loads(pylock.read_text(encoding="utf-8"))["packages"]:
+        marker = f" ; {pkg['marker']}" if pkg.get("marker") else ""
+        hashes = "".join(f" \\\n    --hash=sha256:{w['hashes']['sha256']}" for w in pkg["wheels"])
+        lines.append(f"{pkg['name']}=={pkg['version']}{marker}{hashes}\n")
+    return "".join(lines)
+
+
+def _pip_env() -> dict[str, str]:
+    """pip with no configuration but ours: no config files, no PIP_* variables, no version check."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return env | {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess:

@@ -16,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", type=Path, help="install root (default $APPLIANCE_PREFIX or the user data dir)")
     p.add_argument("--allow-expired", action="store_true", help="accept an expired bundle (recorded)")
     p.add_argument("--python", help="interpreter for the harness venv (default: the one running appliance)")
+    p.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto",
+                   help="what makes the venv: auto (the bundle's uv; pip only if it cannot run here), uv, pip")
     p.add_argument("--no-images", action="store_true", help="skip image load, harness image and stack")
     p.add_argument("--start", action="store_true", help="start the stack (podman kube play) after the switch")
     p.add_argument("--no-progress", action="store_true")
@@ -36,7 +38,7 @@ def _install(args: argparse.Namespace) -> int:
 
     receipt = install_bundle(args.bundle, args.keyring, InstallOptions(
         prefix=args.prefix, threshold=args.threshold, allow_expired=args.allow_expired, python=args.python,
-        images=not args.no_images, start=args.start, progress=not args.no_progress))
+        installer=args.installer, images=not args.no_images, start=args.start, progress=not args.no_progress))
     print(f"{receipt['result']}: {receipt['name']} {receipt['version']} (release {receipt['release']})")
     return 0
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,33 @@ def test_cli_install_status_rollback(v1, v2, keyring, tmp_path):
     assert st["current"]["version"] == "1.0.0" and st["previous"]["version"] == "1.1.0"
     p = cli("install", str(tmp_path / "nope"), "--keyring", str(keyring), "--prefix", str(prefix))
     assert p.returncode == 2 and "not a bundle directory" in p.stderr
+
+
+def test_pip_makes_the_same_venv_when_asked(v1, keyring, tmp_path):
+    """The fallback for a box where the bundle's uv cannot run: pip, offline, hashes required, markers kept."""
+    prefix = tmp_path / "box"
+    receipt = install_bundle(v1, keyring, opts(prefix, installer="pip"))
+    assert receipt["venv"]["tool"].startswith("pip ")
+    reqs = (prefix / "current" / "bundle" / "lockfiles" / "pip-requirements.txt").read_text()
+    assert 'x86only==1.0 ; platform_machine == "x86_64"' in reqs and "--hash=sha256:" in reqs
+    out = subprocess.run([venv_python(prefix), "-c", "import alpha, fastlib, x86only, appliance; print(alpha.__version__)"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1.0", out.stderr
+    cli = subprocess.run([prefix / "current" / "venv" / "bin" / "appliance", "--version"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_a_wheel_changed_after_verify_is_refused(v1, keyring, tmp_path, installer):
+    """uv and pip read wheels from the bundle after verify: --require-hashes is what guards that read."""
+    prefix = tmp_path / "box"
+    wheel = next((v1 / "wheelhouse").glob("alpha-*.whl"))
+
+    def swap(step: str) -> None:
+        if step == "venv":  # a well-formed wheel with one more file: only its hash tells
+            with zipfile.ZipFile(wheel, "a") as zf:
+                zf.writestr("alpha/evil.py", "print('not what was verified')\n")
+
+    with pytest.raises(InstallError, match="(?i)hash|size"):  # uv checks the locked size first
+        install_bundle(v1, keyring, opts(prefix, installer=installer, on_step=swap))
+    assert not (prefix / "current").exists()

@@ -17,7 +17,7 @@ from appliance.spec import parse_spec
 from appliance.verify import verify_bundle
 from appliance._internal import images, stack
 
-from .conftest import images_toml, podman_env, sh, spec_text
+from .conftest import REPO, images_toml, podman_env, sh, spec_text
 from .test_install import reseal
 
 pytestmark = pytest.mark.podman
@@ -45,6 +45,10 @@ def test_bundle_pins_copies_and_describes_every_image(image_bundle, pushed, keyr
     assert {i["name"]: i["digest"] for i in manifest["images"]} == {n: e["digest"] for n, e in lock.items()}
     report = verify_bundle(image_bundle, keyring, progress=False)
     assert report.ok, report.problems
+    # the bootstrap verifier (gpgv + sha256sum only) covers the image blobs too
+    proc = subprocess.run(["bash", str(REPO / "installer" / "verify.sh"), str(image_bundle), str(keyring)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_pin_the_registry_does_not_serve_is_refused(tmp_path, find_links, gpg_keys, clean_osv_url, pushed):
@@ -74,6 +78,9 @@ def test_a_corrupted_blob_is_refused_by_verify_and_install(copy, keyring, tmp_pa
     data[100] ^= 0xFF
     blob.write_bytes(bytes(data))
     rel = f"{images.LAYOUT}/blobs/sha256/{layer.split(':')[1]}"
+    proc = subprocess.run(["bash", str(REPO / "installer" / "verify.sh"), str(copy), str(keyring)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and rel in proc.stdout + proc.stderr
     report = verify_bundle(copy, keyring, progress=False)
     reasons = " | ".join(p.reason for p in report.problems if p.path == rel)
     assert report.exit_code == 10 and "sha256 mismatch" in reasons and "not the digest it is named by" in reasons

@@ -55,6 +55,7 @@ from appliance._internal import images as _images
 from appliance._internal.hashing import CHUNK, Digest
 from appliance._internal.manifest import MANIFEST, Manifest, utcnow
 from appliance._internal.paths import install_root
+from appliance._internal.progress import Progress
 
 __all__ = ["InstallOptions", "install_bundle", "rollback", "status"]
 
@@ -195,11 +196,12 @@ def _stage(bundle: Path, report: VerifyReport, manifest: Manifest, root: Path, r
         receipt["venv"] = _make_venv(bundle, release, copy, opts)
         _step(opts, "models")
         for model in manifest.models:
-            n = 0
-            for rel in sorted(r for r in digests if r.startswith(model.path.rstrip("/") + "/")):
-                copy(rel)
-                n += 1
-            _say(f"model {model.name}: {n} file(s) copied and checked")
+            rels = sorted(r for r in digests if r.startswith(model.path.rstrip("/") + "/"))
+            bar = Progress(f"model {model.name}", sum(digests[r].size for r in rels), enabled=opts.progress)
+            for rel in rels:
+                copy(rel, advance=bar.advance)
+            bar.close()
+            _say(f"model {model.name}: {len(rels)} file(s) copied and checked")
         if manifest.images and opts.images:
             receipt["images"] = _install_images(bundle, release, copy, manifest, opts)
         (release / "uv").unlink(missing_ok=True)  # the venv has its own copy (uv is in every bundle's lock)
@@ -219,7 +221,7 @@ class _Copier:
     def __init__(self, src: Path, dest: Path, digests: dict[str, Digest]):
         self.src, self.dest, self.digests = src, dest, digests
 
-    def __call__(self, rel: str, out: Path | None = None) -> Path:
+    def __call__(self, rel: str, out: Path | None = None, advance: Callable[[int], None] | None = None) -> Path:
         import hashlib
 
         want = self.digests.get(rel)
@@ -236,6 +238,8 @@ class _Copier:
                 h.update(chunk)
                 fout.write(chunk)
                 size += len(chunk)
+                if advance:
+                    advance(len(chunk))
         if (size, h.hexdigest()) != (want.size, want.sha256):
             raise InstallError(f"{rel}: changed after verification (sha256 {h.hexdigest()}): refused")
         return out

@@ -57,7 +57,7 @@ from appliance._internal.manifest import MANIFEST, Manifest, utcnow
 from appliance._internal.paths import install_root
 from appliance._internal.progress import Progress
 
-__all__ = ["InstallOptions", "install_bundle", "rollback", "status"]
+__all__ = ["InstallOptions", "install_bundle", "rollback", "stack_down", "stack_up", "status"]
 
 RECEIPT = "receipt.json"
 CONTAINERS_CONF = Path(__file__).parent / "_internal" / "stack_assets" / "containers.conf"
@@ -463,6 +463,34 @@ def rollback(prefix: Path | None = None) -> str:
         _write_attempt(root, {"release": prev, "result": "rolled-back", "from": cur,
                               "finished": utcnow().isoformat()})
         return prev
+
+
+def _stack_yaml(prefix: Path | None) -> Path:
+    root = install_root(prefix)
+    rid = _target(root, "current")
+    if not rid:
+        raise InstallError(f"nothing is installed in {root}")
+    yaml = root / "releases" / rid / "stack" / "stack.yaml"
+    if not yaml.is_file():
+        raise InstallError(f"release {rid} has no stack (its bundle has no stack images, or it was installed --no-images)")
+    return yaml
+
+
+def stack_up(prefix: Path | None = None) -> Path:
+    """Start (or replace) the current release's stack; returns its YAML."""
+    from appliance._internal.stack import start_stack
+
+    yaml = _stack_yaml(prefix)
+    start_stack(yaml, replace=True)
+    return yaml
+
+
+def stack_down(prefix: Path | None = None) -> Path:
+    from appliance._internal.stack import stop_stack
+
+    yaml = _stack_yaml(prefix)
+    stop_stack(yaml)
+    return yaml
 
 
 def status(prefix: Path | None = None, *, stack: bool = True) -> dict[str, Any]:

@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--prefix", type=Path)
     r.set_defaults(func=_rollback)
 
+    k = subparsers.add_parser("stack", help="start or stop the current release's stack (podman kube play / down)")
+    k.add_argument("action", choices=("up", "down"))
+    k.add_argument("--prefix", type=Path)
+    k.set_defaults(func=_stack)
+
     s = subparsers.add_parser("status", help="what is installed, from which bundle, and whether the stack is up")
     s.add_argument("--prefix", type=Path)
     s.add_argument("--json", action="store_true")
@@ -47,6 +52,15 @@ def _rollback(args: argparse.Namespace) -> int:
     from appliance.install import rollback
 
     print(f"current: {rollback(args.prefix)}")
+    print("a running stack still runs the release it was started from: `appliance stack up` replaces it")
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from appliance.install import stack_down, stack_up
+
+    yaml = (stack_up if args.action == "up" else stack_down)(args.prefix)
+    print(f"stack {args.action}: {yaml}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -135,6 +136,16 @@ def test_install_loads_images_builds_the_harness_and_starts_the_stack(image_bund
             stack.stop_stack(prefix / "current" / "stack" / "stack.yaml")
     assert receipt["started_stack"] is True
     assert st["stack"] == {p: "running" for p in ("vllm", "collector", "jaeger", "prometheus", "grafana")}, st["stack"]
+    assert stack.stack_status() == {}
+    # the operator's commands: up again, down
+    cli = [sys.executable, "-m", "appliance", "stack"]
+    try:
+        up = subprocess.run([*cli, "up", "--prefix", str(prefix)], capture_output=True, text=True)
+        assert up.returncode == 0, up.stderr
+        assert set(stack.stack_status().values()) == {"running"}
+    finally:
+        down = subprocess.run([*cli, "down", "--prefix", str(prefix)], capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
     assert stack.stack_status() == {}
     env = podman_env()
     lock = images.read_lock(image_bundle)

@@ -211,12 +211,16 @@ def test_cli_install_status_rollback(v1, v2, keyring, tmp_path):
         return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True)
 
     assert cli("status", "--prefix", str(prefix)).returncode == 1
+    p = cli("stack", "up", "--prefix", str(prefix))
+    assert p.returncode == 20 and "nothing is installed" in p.stderr
     p = cli("install", str(v1), "--keyring", str(keyring), "--prefix", str(prefix), "--no-progress")
     assert p.returncode == 0 and "installed: test 1.0.0" in p.stdout, p.stderr
     p = cli("install", str(v2), "--keyring", str(keyring), "--prefix", str(prefix), "--no-progress")
     assert p.returncode == 0, p.stderr
     p = cli("status", "--prefix", str(prefix))
     assert p.returncode == 0 and "current: test 1.1.0" in p.stdout and "previous: test 1.0.0" in p.stdout
+    p = cli("stack", "up", "--prefix", str(prefix))
+    assert p.returncode == 20 and "has no stack" in p.stderr  # this bundle has no images
     p = cli("rollback", "--prefix", str(prefix))
     assert p.returncode == 0
     st = json.loads(cli("status", "--prefix", str(prefix), "--json").stdout)
